@@ -1,0 +1,507 @@
+"""Events and jobs in SQLite or PostgreSQL: enqueue, claim, complete, replay.
+
+The store is the only thing the web server and the workers share. Every write
+happens in one short transaction. On SQLite each writing transaction starts with
+``BEGIN IMMEDIATE`` so two writers never deadlock on a lock upgrade; on
+PostgreSQL claims lock rows with ``FOR UPDATE SKIP LOCKED`` so workers never wait
+for each other. Everything above ``_begin`` and ``_lock_due`` is one code path.
+
+A claimed job carries a lease (owner and expiry). Every later update of that job
+names the owner and changes nothing once the lease has passed to someone else,
+so a worker that stalled past its lease cannot overwrite the new holder's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from relay.model import TagEvent
+from relay.rules import Rule
+from relay.schema import cooldowns, events, job_attempts, jobs
+
+ACTIVE_STATES = ("pending", "noting")
+STATES = ("pending", "noting", "done", "dead")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What storing one event did: job ids, or why nothing was stored."""
+
+    jobs: tuple[tuple[int, Rule], ...] = ()
+    ignored: str | None = None
+
+    @property
+    def job_ids(self) -> list[int]:
+        return [job_id for job_id, _rule in self.jobs]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as claimed by a worker: everything needed to deliver it."""
+
+    id: int
+    provider: str
+    target_kind: str
+    target_id: str
+    tag: str
+    tag_id: str | None
+    rule: Rule
+    requester: dict[str, Any]
+    subject: str
+    state: str
+    attempts: int
+    created_at: float
+    user_id: str | None
+    capture_started_at: float | None
+    session_info_url: str | None
+    noted_at: float | None
+    offline_since: float | None
+    report_url: str | None
+    in_doubt: bool = False
+    """True when an earlier holder died after it may have asked Bugpilot."""
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url`` with relay's connection settings for each dialect."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url,
+            connect_args={"isolation_level": None, "timeout": 30},
+            pool_size=20,
+            max_overflow=20,
+        )
+        sa_event.listen(engine, "connect", _sqlite_connect)
+        sa_event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # The driver runs in autocommit mode; relay issues BEGIN itself so that
+    # writers take the write lock at once instead of upgrading a read lock.
+    if conn.get_execution_options().get("readonly"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """Relay's persistent state; one instance per process, safe across threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._insert = sqlite.insert if self.is_sqlite else postgresql.insert
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(create_engine(url))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _begin(self, *, readonly: bool = False) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            if readonly:
+                conn = conn.execution_options(readonly=True)
+            with conn.begin():
+                yield conn
+
+    # -- web side -------------------------------------------------------------
+
+    def ingest(
+        self,
+        event: TagEvent,
+        matches: Sequence[tuple[str, Rule]],
+        *,
+        cooldown: float,
+        now: float | None = None,
+    ) -> IngestResult:
+        """Store the event and one job per matched rule in one transaction.
+
+        A delivery id seen before gives ``ignored="duplicate"``; when every
+        matched rule is cooling down for this ticket nothing is stored and the
+        result is ``ignored="cooldown"``.
+        """
+        now = time.time() if now is None else now
+        try:
+            with self._begin() as conn:
+                return self._ingest(conn, event, matches, cooldown, now)
+        except _Rollback as rollback:
+            return rollback.result
+        except IntegrityError:
+            return IngestResult(ignored="duplicate")
+
+    def _ingest(
+        self,
+        conn: Connection,
+        event: TagEvent,
+        matches: Sequence[tuple[str, Rule]],
+        cooldown: float,
+        now: float,
+    ) -> IngestResult:
+        seen = conn.execute(
+            sa.select(events.c.id).where(
+                events.c.provider == event.provider,
+                events.c.delivery_id == event.delivery_id,
+            )
+        ).first()
+        if seen is not None:
+            raise _Rollback(IngestResult(ignored="duplicate"))
+
+        event_id = conn.execute(
+            events.insert().values(
+                provider=event.provider,
+                delivery_id=event.delivery_id,
+                target_kind=event.target_kind,
+                target_id=event.target_id,
+                received_at=now,
+            )
+        ).inserted_primary_key[0]
+
+        rows, enqueued = [], []
+        for tag, rule in matches:
+            if cooldown > 0 and not self._start_cooldown(
+                conn, event, rule.name, now, cooldown
+            ):
+                continue
+            rows.append(
+                {
+                    "event_id": event_id,
+                    "provider": event.provider,
+                    "target_kind": event.target_kind,
+                    "target_id": event.target_id,
+                    "tag": tag,
+                    "tag_id": event.tag_id(tag),
+                    "rule": rule.name,
+                    "action": rule.action,
+                    "rule_snapshot": rule.to_dict(),
+                    "requester": asdict(event.requester),
+                    "subject": event.subject[:2000],
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            enqueued.append(rule)
+        if not rows:
+            raise _Rollback(IngestResult(ignored="cooldown"))
+
+        insert = jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True)
+        ids = conn.execute(insert, rows).scalars().all()
+        return IngestResult(jobs=tuple(zip(ids, enqueued, strict=True)))
+
+    def _start_cooldown(
+        self, conn: Connection, event: TagEvent, rule: str, now: float, cooldown: float
+    ) -> bool:
+        statement = self._insert(cooldowns).values(
+            provider=event.provider,
+            target_id=f"{event.target_kind}:{event.target_id}",
+            rule=rule,
+            until=now + cooldown,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["provider", "target_id", "rule"],
+            set_={"until": now + cooldown},
+            where=cooldowns.c.until <= now,
+        )
+        return conn.execute(statement).rowcount == 1
+
+    # -- worker side ----------------------------------------------------------
+
+    def claim(
+        self, owner: str, *, limit: int = 1, lease: float = 60.0
+    ) -> list[Job]:
+        """Lease up to ``limit`` due jobs to ``owner`` and return them."""
+        now = time.time()
+        with self._begin() as conn:
+            query = (
+                sa.select(jobs.c.id)
+                .where(
+                    jobs.c.state.in_(ACTIVE_STATES),
+                    jobs.c.next_attempt_at <= now,
+                    sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
+                )
+                .order_by(jobs.c.next_attempt_at)
+                .limit(limit)
+            )
+            ids = conn.execute(self._lock_due(query)).scalars().all()
+            if not ids:
+                return []
+            before = {
+                row.id: row.capture_started_at
+                for row in conn.execute(
+                    sa.select(jobs.c.id, jobs.c.capture_started_at).where(
+                        jobs.c.id.in_(ids)
+                    )
+                )
+            }
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(ids))
+                .values(
+                    lease_owner=owner,
+                    lease_until=now + lease,
+                    attempts=jobs.c.attempts + 1,
+                    capture_started_at=sa.case(
+                        (jobs.c.state == "pending", now),
+                        else_=jobs.c.capture_started_at,
+                    ),
+                    updated_at=now,
+                )
+            )
+            rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(ids))).all()
+        return [
+            _job(row._mapping, in_doubt=before[row.id] is not None)
+            for row in rows
+        ]
+
+    def _lock_due(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        # SQLite holds the database write lock from BEGIN IMMEDIATE already.
+        if self.is_sqlite:
+            return query
+        return query.with_for_update(skip_locked=True)
+
+    def update(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        attempt: Mapping[str, Any] | None = None,
+        release: bool = False,
+        **values: Any,
+    ) -> bool:
+        """Change a leased job; False (and no change) when the lease is lost.
+
+        ``attempt`` adds a row to the job's history in the same transaction;
+        ``release`` gives the lease up.
+        """
+        now = time.time()
+        values["updated_at"] = now
+        if release:
+            values["lease_owner"] = None
+            values["lease_until"] = None
+        if values.get("state") in ("done", "dead"):
+            values["finished_at"] = now
+        with self._begin() as conn:
+            changed = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                .values(**values)
+            ).rowcount
+            if changed and attempt is not None:
+                conn.execute(job_attempts.insert().values(job_id=job_id, at=now, **attempt))
+        return bool(changed)
+
+    def extend_lease(self, job_ids: Iterable[int], owner: str, lease: float) -> int:
+        """Push the lease of jobs still held by ``owner``; returns how many."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        with self._begin() as conn:
+            return conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner)
+                .values(lease_until=time.time() + lease)
+            ).rowcount
+
+    # -- reading and operating ------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise when the store cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def job_counts(self) -> tuple[dict[str, int], float | None]:
+        """Jobs per state and the creation time of the oldest unfinished job."""
+        with self._begin(readonly=True) as conn:
+            counts = {
+                state: count
+                for state, count in conn.execute(
+                    sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+                )
+            }
+            oldest = conn.execute(
+                sa.select(sa.func.min(jobs.c.created_at)).where(
+                    jobs.c.state.in_(ACTIVE_STATES)
+                )
+            ).scalar()
+        return counts, oldest
+
+    def list_jobs(
+        self, *, state: str | None = None, limit: int = 50, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs newest first, optionally of one state; page with ``before``."""
+        query = sa.select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+        if state:
+            query = query.where(jobs.c.state == state)
+        if before is not None:
+            query = query.where(jobs.c.id < before)
+        with self._begin(readonly=True) as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        """One job with its attempt history, or None."""
+        with self._begin(readonly=True) as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            if row is None:
+                return None
+            history = conn.execute(
+                sa.select(job_attempts)
+                .where(job_attempts.c.job_id == job_id)
+                .order_by(job_attempts.c.id)
+            ).all()
+        job = dict(row._mapping)
+        job["history"] = [dict(item._mapping) for item in history]
+        return job
+
+    def retry(self, job_ids: Sequence[int]) -> dict[int, str]:
+        """Send dead jobs back to work; the answer says, per id, what happened."""
+        now = time.time()
+        outcome: dict[int, str] = {}
+        with self._begin() as conn:
+            found = dict(
+                conn.execute(
+                    sa.select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(job_ids))
+                ).all()
+            )
+            for job_id in job_ids:
+                state = found.get(job_id)
+                if state is None:
+                    outcome[job_id] = "not_found"
+                elif state != "dead":
+                    outcome[job_id] = "not_dead"
+                else:
+                    conn.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job_id)
+                        .values(
+                            state="noting"
+                            if _captured(conn, job_id)
+                            else "pending",
+                            next_attempt_at=now,
+                            lease_owner=None,
+                            lease_until=None,
+                            attempts=0,
+                            offline_since=None,
+                            capture_started_at=None,
+                            dead_reason=None,
+                            finished_at=None,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                    conn.execute(
+                        job_attempts.insert().values(
+                            job_id=job_id, at=now, step="replay", outcome="requeued"
+                        )
+                    )
+                    outcome[job_id] = "retried"
+        return outcome
+
+    def dead_job_ids(self) -> list[int]:
+        with self._begin(readonly=True) as conn:
+            return list(
+                conn.execute(
+                    sa.select(jobs.c.id).where(jobs.c.state == "dead").order_by(jobs.c.id)
+                ).scalars()
+            )
+
+    def purge(self, *, older_than: float, now: float | None = None) -> int:
+        """Delete finished jobs, and events left without jobs, older than that."""
+        cutoff = (time.time() if now is None else now) - older_than
+        with self._begin() as conn:
+            finished = sa.select(jobs.c.id).where(
+                jobs.c.state.in_(("done", "dead")), jobs.c.finished_at < cutoff
+            )
+            conn.execute(
+                job_attempts.delete().where(job_attempts.c.job_id.in_(finished))
+            )
+            purged = conn.execute(
+                jobs.delete().where(
+                    jobs.c.state.in_(("done", "dead")), jobs.c.finished_at < cutoff
+                )
+            ).rowcount
+            orphan = ~sa.exists().where(jobs.c.event_id == events.c.id)
+            conn.execute(
+                events.delete().where(events.c.received_at < cutoff, orphan)
+            )
+            conn.execute(cooldowns.delete().where(cooldowns.c.until < cutoff))
+        return purged
+
+
+def _captured(conn: Connection, job_id: int) -> bool:
+    url = conn.execute(
+        sa.select(jobs.c.session_info_url).where(jobs.c.id == job_id)
+    ).scalar()
+    return url is not None
+
+
+def _job(row: Mapping[str, Any], *, in_doubt: bool = False) -> Job:
+    return Job(
+        in_doubt=in_doubt and row["state"] == "pending",
+        id=row["id"],
+        provider=row["provider"],
+        target_kind=row["target_kind"],
+        target_id=row["target_id"],
+        tag=row["tag"],
+        tag_id=row["tag_id"],
+        rule=Rule.from_dict(row["rule_snapshot"]),
+        requester=dict(row["requester"] or {}),
+        subject=row["subject"] or "",
+        state=row["state"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        user_id=row["user_id"],
+        capture_started_at=row["capture_started_at"],
+        session_info_url=row["session_info_url"],
+        noted_at=row["noted_at"],
+        offline_since=row["offline_since"],
+        report_url=row["report_url"],
+    )
+
+
+def new_owner() -> str:
+    """A lease owner id unique to this process and thread pool."""
+    return f"{uuid.uuid4().hex[:12]}"
+
+
+class _Rollback(Exception):
+    """Leaves an ingest transaction without committing, carrying the result."""
+
+    def __init__(self, result: IngestResult) -> None:
+        super().__init__(result.ignored)
+        self.result = result
+
+
+STORE_ERRORS = (OperationalError, SQLAlchemyError)
