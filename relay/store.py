@@ -235,7 +235,8 @@ class Store:
             set_={"until": now + cooldown},
             where=cooldowns.c.until <= now,
         )
-        return conn.execute(statement).rowcount == 1
+        # RETURNING yields a row only when the cooldown was started or renewed.
+        return conn.execute(statement.returning(cooldowns.c.rule)).first() is not None
 
     # -- worker side ----------------------------------------------------------
 
