@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -173,7 +173,7 @@ def receive(provider: str) -> tuple[Response, int]:
     try:
         verify = state.verifier(provider)
         body = _read_body(state.settings.max_body_bytes)
-        verify(body, request.headers)
+        verify(body, _headers())
         payload = _decode_json(body)
         parsed = _parse(provider, payload)
         delivery_id = parsed.delivery_id
@@ -238,8 +238,13 @@ def _refuse_constant(name: str) -> Any:
 
 def _parse(provider: str, payload: Any) -> TagEvent | Ignored:
     if provider == "zendesk":
-        return zendesk.parse_event(payload, request.headers)
-    return intercom.parse_event(payload, request.headers)
+        return zendesk.parse_event(payload, _headers())
+    return intercom.parse_event(payload, _headers())
+
+
+def _headers() -> Mapping[str, str]:
+    # werkzeug's Headers looks names up case-insensitively, as the providers need.
+    return cast(Mapping[str, str], request.headers)
 
 
 def _enqueue(state: Runtime, provider: str, parsed: TagEvent | Ignored) -> IngestResult:
@@ -256,9 +261,7 @@ def _enqueue(state: Runtime, provider: str, parsed: TagEvent | Ignored) -> Inges
     if not matches:
         return IngestResult(ignored="no_rule")
     try:
-        result = state.store.ingest(
-            parsed, matches, cooldown=state.settings.cooldown
-        )
+        result = state.store.ingest(parsed, matches, cooldown=state.settings.cooldown)
     except STORE_ERRORS as exc:
         raise StoreUnavailable(type(exc).__name__) from exc
     for _job_id, rule in result.jobs:

@@ -332,13 +332,15 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from relay.demo import run_demo
 
-    return run_demo(args.url, _environment())
+    code: int = run_demo(args.url, _environment())
+    return code
 
 
 def _sandbox(args: argparse.Namespace) -> int:
     from relay.sandbox.server import main as sandbox_main
 
-    return sandbox_main(args.rest)
+    code: int = sandbox_main(args.rest)
+    return code
 
 
 if __name__ == "__main__":

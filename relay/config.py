@@ -139,7 +139,9 @@ class Settings:
             raise ConfigError("RELAY_LOG_FORMAT", "must be json or console")
         log_level = (env.text("RELAY_LOG_LEVEL") or "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
-            raise ConfigError("RELAY_LOG_LEVEL", "must be debug, info, warning or error")
+            raise ConfigError(
+                "RELAY_LOG_LEVEL", "must be debug, info, warning or error"
+            )
 
         return cls(
             bugpilot_api_key=env.secret("BUGPILOT_API_KEY", required=True) or "",
@@ -264,7 +266,7 @@ class _Env:
 
     def bind(self, name: str, default: str) -> str:
         raw = self.text(name) or default
-        host, sep, port = raw.rpartition(":")
+        _host, sep, port = raw.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(name, f"must be HOST:PORT, got {raw!r}")
         return raw

@@ -20,7 +20,9 @@ import structlog
 SECRET_KEYS = re.compile(
     r"(secret|token|signature|password|authorization|api_key|apikey|cookie)", re.I
 )
-EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+EMAIL = re.compile(
+    r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})"
+)
 URL_CREDENTIALS = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
 
 
@@ -96,7 +98,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         gunicorn_logger = logging.getLogger(name)
         gunicorn_logger.handlers[:] = []
         gunicorn_logger.propagate = True
-    for noisy in ("urllib3", "werkzeug"):
+    for noisy in ("urllib3", "werkzeug", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -125,10 +125,10 @@ def render(read_jobs: JobCounts | None) -> bytes:
     """The exposition text for one scrape, built with a fresh registry."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = CollectorRegistry(auto_describe=True)
-        for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001
+        for collector in list(REGISTRY._collector_to_names):
             registry.register(collector)
     if read_jobs is not None:
         registry.register(StoreCollector(read_jobs))

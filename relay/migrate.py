@@ -54,7 +54,10 @@ def check(engine: Engine, *, auto_upgrade: bool) -> None:
     wanted = head()
     if found == wanted:
         return
-    known = {script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions()}
+    known = {
+        script.revision
+        for script in ScriptDirectory.from_config(_config()).walk_revisions()
+    }
     if found is not None and found not in known:
         raise SchemaMismatch(
             f"the database schema (revision {found}) is newer than this relay "

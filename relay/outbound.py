@@ -228,7 +228,9 @@ class Outbound:
         self.session = session or requests.Session()
         self.session.headers.update(headers or {})
         self.timeout = timeout
-        self.limit = RateLimit(rate_per_minute, sleep=sleep) if rate_per_minute else None
+        self.limit = (
+            RateLimit(rate_per_minute, sleep=sleep) if rate_per_minute else None
+        )
         self.breaker = breaker or CircuitBreaker(destination)
         self.tries = tries
         self.sleep = sleep
@@ -251,7 +253,9 @@ class Outbound:
         ``observe``, when given, receives each HTTP call's duration instead of the
         destination-wide callback.
         """
-        check = classify or (lambda response: classify_helpdesk(response, self.destination))
+        check = classify or (
+            lambda response: classify_helpdesk(response, self.destination)
+        )
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(self._worth_retrying_now),
             stop=tenacity.stop_after_attempt(self.tries),
@@ -278,7 +282,11 @@ class Outbound:
         started = time.perf_counter()
         try:
             response = self.session.request(
-                method, url, json=json, headers=dict(headers or {}), timeout=self.timeout
+                method,
+                url,
+                json=json,
+                headers=dict(headers or {}),
+                timeout=self.timeout,
             )
         except requests.Timeout as exc:
             self.breaker.record_failure()
@@ -317,5 +325,6 @@ class Outbound:
     def _wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, DeliveryError) and exc.retry_after is not None:
-            return exc.retry_after
-        return min(0.25 * 2 ** (state.attempt_number - 1), 2.0) + random.uniform(0, 0.25)
+            return float(exc.retry_after)
+        backoff: float = min(0.25 * 2 ** (state.attempt_number - 1), 2.0)
+        return backoff + random.uniform(0, 0.25)

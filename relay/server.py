@@ -55,7 +55,9 @@ def wipe_metrics_dir(path: str) -> None:
 class AccessLogger(GunicornLogger):  # type: ignore[misc]
     """Gunicorn's access log as one structured line per request."""
 
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+    def access(
+        self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any
+    ) -> None:
         headers = dict(resp.headers) if isinstance(resp.headers, list) else {}
         status = str(resp.status).split(" ", 1)[0]
         get_logger("gunicorn.access").info(
@@ -72,7 +74,7 @@ class AccessLogger(GunicornLogger):  # type: ignore[misc]
 def _child_exit(_server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 class WebServer(BaseApplication):  # type: ignore[misc]
@@ -122,8 +124,11 @@ def learn_own_actors(runtime: Any) -> None:
             try:
                 actor = helpdesk.own_actor_id()
             except Exception as exc:  # a helpdesk outage must not stop the web side
-                log.warning("own actor lookup failed", provider=provider,
-                            error=type(exc).__name__)
+                log.warning(
+                    "own actor lookup failed",
+                    provider=provider,
+                    error=type(exc).__name__,
+                )
                 time.sleep(5)
                 continue
             if actor:
@@ -237,7 +242,7 @@ def _wait_ready(
         if child.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310
+            with urllib.request.urlopen(url, timeout=2):
                 return True
         except OSError:
             time.sleep(0.2)

@@ -71,6 +71,10 @@ class Job:
     in_doubt: bool = False
     """True when an earlier holder died after it may have asked Bugpilot."""
 
+    @property
+    def action(self) -> str:
+        return self.rule.action
+
 
 def create_engine(url: str) -> Engine:
     """An engine for ``url`` with relay's connection settings for each dialect."""
@@ -178,14 +182,16 @@ class Store:
             raise _Rollback(IngestResult(ignored="duplicate"))
 
         event_id = conn.execute(
-            events.insert().values(
+            events.insert()
+            .values(
                 provider=event.provider,
                 delivery_id=event.delivery_id,
                 target_kind=event.target_kind,
                 target_id=event.target_id,
                 received_at=now,
             )
-        ).inserted_primary_key[0]
+            .returning(events.c.id)
+        ).scalar_one()
 
         rows, enqueued = [], []
         for tag, rule in matches:
@@ -240,9 +246,7 @@ class Store:
 
     # -- worker side ----------------------------------------------------------
 
-    def claim(
-        self, owner: str, *, limit: int = 1, lease: float = 60.0
-    ) -> list[Job]:
+    def claim(self, owner: str, *, limit: int = 1, lease: float = 60.0) -> list[Job]:
         """Lease up to ``limit`` due jobs to ``owner`` and return them."""
         now = time.time()
         with self._begin() as conn:
@@ -282,10 +286,7 @@ class Store:
                 )
             )
             rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(ids))).all()
-        return [
-            _job(row._mapping, in_doubt=before[row.id] is not None)
-            for row in rows
-        ]
+        return [_job(row._mapping, in_doubt=before[row.id] is not None) for row in rows]
 
     def _lock_due(self, query: sa.Select[Any]) -> sa.Select[Any]:
         # SQLite holds the database write lock from BEGIN IMMEDIATE already.
@@ -321,7 +322,9 @@ class Store:
                 .values(**values)
             ).rowcount
             if changed and attempt is not None:
-                conn.execute(job_attempts.insert().values(job_id=job_id, at=now, **attempt))
+                conn.execute(
+                    job_attempts.insert().values(job_id=job_id, at=now, **attempt)
+                )
         return bool(changed)
 
     def extend_lease(self, job_ids: Iterable[int], owner: str, lease: float) -> int:
@@ -407,9 +410,7 @@ class Store:
                         jobs.update()
                         .where(jobs.c.id == job_id)
                         .values(
-                            state="noting"
-                            if _captured(conn, job_id)
-                            else "pending",
+                            state="noting" if _captured(conn, job_id) else "pending",
                             next_attempt_at=now,
                             lease_owner=None,
                             lease_until=None,
@@ -434,7 +435,9 @@ class Store:
         with self._begin(readonly=True) as conn:
             return list(
                 conn.execute(
-                    sa.select(jobs.c.id).where(jobs.c.state == "dead").order_by(jobs.c.id)
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.state == "dead")
+                    .order_by(jobs.c.id)
                 ).scalars()
             )
 
@@ -454,9 +457,7 @@ class Store:
                 )
             ).rowcount
             orphan = ~sa.exists().where(jobs.c.event_id == events.c.id)
-            conn.execute(
-                events.delete().where(events.c.received_at < cutoff, orphan)
-            )
+            conn.execute(events.delete().where(events.c.received_at < cutoff, orphan))
             conn.execute(cooldowns.delete().where(cooldowns.c.until < cutoff))
         return purged
 
@@ -468,7 +469,7 @@ def _captured(conn: Connection, job_id: int) -> bool:
     return url is not None
 
 
-def _job(row: Mapping[str, Any], *, in_doubt: bool = False) -> Job:
+def _job(row: Any, *, in_doubt: bool = False) -> Job:
     return Job(
         in_doubt=in_doubt and row["state"] == "pending",
         id=row["id"],

@@ -57,7 +57,7 @@ class Backoff:
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
         exponential = min(self.cap, self.base * 2 ** max(attempts - 1, 0))
-        delay = exponential * random.uniform(0.5, 1.0)
+        delay: float = exponential * random.uniform(0.5, 1.0)
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay
@@ -161,10 +161,26 @@ class Worker:
             self.process(job)
         except Exception:
             log.exception("job crashed", job_id=job.id)
+            self._after_crash(job)
         finally:
             with self._lock:
                 self._held.discard(job.id)
                 self._idle.notify()
+
+    def _after_crash(self, job: Job) -> None:
+        # Leave capture_started_at alone: if the crash came after the Bugpilot
+        # call, the next claim must see the capture as in doubt.
+        try:
+            self.store.update(
+                job.id,
+                self.owner,
+                next_attempt_at=self.clock() + self.backoff.delay(job.attempts),
+                last_error="internal_error",
+                release=True,
+                attempt={"step": job.state, "outcome": "error", "detail": "crash"},
+            )
+        except STORE_ERRORS:
+            log.warning("could not reschedule crashed job", job_id=job.id)
 
     def _keep_leases(self, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 3):
@@ -254,8 +270,12 @@ class Worker:
         if not recorded:
             log.warning("lease lost after capture", job_id=job.id)
             return job
-        return _replace(job, state="noting", user_id=user_id,
-                        session_info_url=capture.session_info_url)
+        return _replace(
+            job,
+            state="noting",
+            user_id=user_id,
+            session_info_url=capture.session_info_url,
+        )
 
     def _note(self, job: Job, helpdesk: Helpdesk) -> None:
         target = _target(job)
@@ -400,7 +420,9 @@ class Worker:
                 job,
                 "retry_budget_exhausted",
                 str(exc) if exc else "out of time",
-                helpdesk=self.helpdesks.get(job.provider) if step == "capture" else None,
+                helpdesk=self.helpdesks.get(job.provider)
+                if step == "capture"
+                else None,
                 clear_capture=step == "capture",
                 exc=exc,
                 step=step,
@@ -467,8 +489,9 @@ class Worker:
                 helpdesk.write_note(_target(job), render(template, values))
                 metrics.NOTES.labels(job.provider, "failure_note").inc()
             except DeliveryError as note_exc:
-                log.warning("failure note not written", job_id=job.id,
-                            reason=note_exc.reason)
+                log.warning(
+                    "failure note not written", job_id=job.id, reason=note_exc.reason
+                )
         values_db: dict[str, Any] = {}
         if clear_capture:
             values_db["capture_started_at"] = None

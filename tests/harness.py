@@ -7,6 +7,7 @@ directory, and is stopped with SIGTERM (or killed, when a test says so).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,10 +66,8 @@ class RelayProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group, gunicorn's children included."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=10)
 
 
