@@ -21,13 +21,20 @@ SANDBOX_PORTS = (8081, 8082, 8083)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``relay`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:
+        # The emulators parse their own options.
+        from relay.sandbox.server import main as sandbox_main
+
+        code: int = sandbox_main(argv[1:])
+        return code
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     try:
-        code: int = args.handler(args)
+        code = args.handler(args)
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -94,9 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="one full loop against the emulators")
     demo.add_argument("--url", default="http://127.0.0.1:8080")
     demo.set_defaults(handler=_demo)
-    sandbox = commands.add_parser("sandbox", help="the emulators alone")
-    sandbox.add_argument("rest", nargs=argparse.REMAINDER)
-    sandbox.set_defaults(handler=_sandbox)
+    commands.add_parser("sandbox", help="the emulators alone (see relay sandbox -h)")
     return parser
 
 
@@ -333,13 +338,6 @@ def _demo(args: argparse.Namespace) -> int:
     from relay.demo import run_demo
 
     code: int = run_demo(args.url, _environment())
-    return code
-
-
-def _sandbox(args: argparse.Namespace) -> int:
-    from relay.sandbox.server import main as sandbox_main
-
-    code: int = sandbox_main(args.rest)
     return code
 
 

@@ -308,6 +308,23 @@ class Store:
         ``attempt`` adds a row to the job's history in the same transaction;
         ``release`` gives the lease up.
         """
+        return bool(
+            _with_reconnect(
+                lambda: self._update(
+                    job_id, owner, attempt=attempt, release=release, **values
+                )
+            )
+        )
+
+    def _update(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        attempt: Mapping[str, Any] | None,
+        release: bool,
+        **values: Any,
+    ) -> bool:
         now = time.time()
         values["updated_at"] = now
         if release:
@@ -491,6 +508,25 @@ def _job(row: Any, *, in_doubt: bool = False) -> Job:
         offline_since=row["offline_since"],
         report_url=row["report_url"],
     )
+
+
+def _with_reconnect(write: Any, *, tries: int = 8, first_wait: float = 0.25) -> Any:
+    """Run a write, retrying while the database connection is broken.
+
+    Job updates are idempotent (the same values, guarded by the lease owner), so
+    repeating one after a lost connection is safe; giving up would instead
+    leave a finished step unrecorded.
+    """
+    wait = first_wait
+    for attempt in range(tries):
+        try:
+            return write()
+        except OperationalError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, 5.0)
+    return None
 
 
 def new_owner() -> str:
