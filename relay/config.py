@@ -18,6 +18,7 @@ from pathlib import Path
 from relay.errors import ConfigError
 
 SECRET_VARIABLES = (
+    "RELAY_DATABASE_URL",
     "RELAY_ADMIN_TOKEN",
     "BUGPILOT_API_KEY",
     "ZENDESK_API_TOKEN",
@@ -153,7 +154,8 @@ class Settings:
             bugpilot_rate_limit=env.number("BUGPILOT_RATE_LIMIT", 600.0),
             bind=env.bind("RELAY_BIND", "0.0.0.0:8080"),
             web_workers=env.integer("RELAY_WEB_WORKERS", 2, minimum=1),
-            database_url=env.text("RELAY_DATABASE_URL") or "sqlite:///relay.db",
+            # The URL carries the database password, so it may come from a file.
+            database_url=env.secret("RELAY_DATABASE_URL") or "sqlite:///relay.db",
             rules_file=env.text("RELAY_RULES_FILE") or "rules.yaml",
             admin_token=env.secret("RELAY_ADMIN_TOKEN"),
             max_body_bytes=env.integer("RELAY_MAX_BODY_BYTES", 1_048_576, minimum=1),

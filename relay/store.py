@@ -263,14 +263,6 @@ class Store:
             ids = conn.execute(self._lock_due(query)).scalars().all()
             if not ids:
                 return []
-            before = {
-                row.id: row.capture_started_at
-                for row in conn.execute(
-                    sa.select(jobs.c.id, jobs.c.capture_started_at).where(
-                        jobs.c.id.in_(ids)
-                    )
-                )
-            }
             conn.execute(
                 jobs.update()
                 .where(jobs.c.id.in_(ids))
@@ -278,15 +270,11 @@ class Store:
                     lease_owner=owner,
                     lease_until=now + lease,
                     attempts=jobs.c.attempts + 1,
-                    capture_started_at=sa.case(
-                        (jobs.c.state == "pending", now),
-                        else_=jobs.c.capture_started_at,
-                    ),
                     updated_at=now,
                 )
             )
             rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(ids))).all()
-        return [_job(row._mapping, in_doubt=before[row.id] is not None) for row in rows]
+        return [_job(row._mapping) for row in rows]
 
     def _lock_due(self, query: sa.Select[Any]) -> sa.Select[Any]:
         # SQLite holds the database write lock from BEGIN IMMEDIATE already.
@@ -486,9 +474,12 @@ def _captured(conn: Connection, job_id: int) -> bool:
     return url is not None
 
 
-def _job(row: Any, *, in_doubt: bool = False) -> Job:
+def _job(row: Any) -> Job:
+    # The worker marks capture_started_at just before it asks Bugpilot and clears
+    # it once the answer is recorded; still set at a new claim, the earlier
+    # holder died in between.
     return Job(
-        in_doubt=in_doubt and row["state"] == "pending",
+        in_doubt=row["capture_started_at"] is not None and row["state"] == "pending",
         id=row["id"],
         provider=row["provider"],
         target_kind=row["target_kind"],

@@ -63,3 +63,7 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
         store = fresh_postgres_store(request.getfixturevalue("postgres_url"))
     yield store
     store.close()
+
+
+# Real-process deployments (gunicorn, workers, emulators) for any test folder.
+from tests.deployment import relay, relay_env, running, sandbox  # noqa: E402, F401

@@ -70,9 +70,7 @@ def test_the_cooldown_is_per_ticket_and_rule(store: Store) -> None:
     later = store.ingest(event("e"), matches(SCREENSHOT), cooldown=600, now=now + 601)
     assert later.jobs
     # Nothing of the cooled-down delivery was kept, so it is not a duplicate later.
-    assert store.ingest(
-        event("b"), matches(SCREENSHOT), cooldown=0, now=now + 700
-    ).jobs
+    assert store.ingest(event("b"), matches(SCREENSHOT), cooldown=0, now=now + 700).jobs
 
 
 def test_a_claimed_job_is_leased_to_one_owner(store: Store) -> None:
@@ -92,6 +90,7 @@ def test_an_expired_lease_lets_another_worker_take_the_job(store: Store) -> None
     store.ingest(event(), matches(SCREENSHOT), cooldown=0)
     [first] = store.claim("crashed", lease=0.05)
     assert not first.in_doubt
+    assert store.update(first.id, "crashed", capture_started_at=time.time())
     time.sleep(0.1)
     [second] = store.claim("survivor", lease=60)
     assert second.id == first.id
@@ -101,10 +100,10 @@ def test_an_expired_lease_lets_another_worker_take_the_job(store: Store) -> None
     assert not store.update(first.id, "crashed", state="done")
 
 
-def test_a_released_job_is_not_in_doubt(store: Store) -> None:
+def test_a_lost_claim_is_not_in_doubt(store: Store) -> None:
     store.ingest(event(), matches(SCREENSHOT), cooldown=0)
-    [job] = store.claim("w", lease=60)
-    store.update(job.id, "w", capture_started_at=None, release=True)
+    store.claim("w", lease=0.05)  # the claimer never started the capture
+    time.sleep(0.1)
     [again] = store.claim("w", lease=60)
     assert not again.in_doubt
 
@@ -118,7 +117,9 @@ def test_jobs_not_yet_due_are_not_claimed(store: Store) -> None:
 
 def test_concurrent_claims_hand_out_each_job_once(store: Store) -> None:
     for number in range(60):
-        store.ingest(event(f"d{number}", ticket=str(number)), matches(SCREENSHOT), cooldown=0)
+        store.ingest(
+            event(f"d{number}", ticket=str(number)), matches(SCREENSHOT), cooldown=0
+        )
     taken: list[int] = []
     lock = threading.Lock()
 
@@ -148,8 +149,13 @@ def test_history_retry_and_purge(store: Store) -> None:
         state="dead",
         dead_reason="no_access",
         release=True,
-        attempt={"step": "capture", "outcome": "dead", "http_status": 403,
-                 "error_code": "NO_ACCESS", "duration_ms": 12},
+        attempt={
+            "step": "capture",
+            "outcome": "dead",
+            "http_status": 403,
+            "error_code": "NO_ACCESS",
+            "duration_ms": 12,
+        },
     )
     shown = store.get_job(job.id)
     assert shown["dead_reason"] == "no_access"
@@ -171,7 +177,9 @@ def test_history_retry_and_purge(store: Store) -> None:
 def test_a_captured_dead_job_is_retried_from_the_note_step(store: Store) -> None:
     store.ingest(event(), matches(SCREENSHOT), cooldown=0)
     [job] = store.claim("w")
-    store.update(job.id, "w", state="dead", session_info_url="https://x/1", release=True)
+    store.update(
+        job.id, "w", state="dead", session_info_url="https://x/1", release=True
+    )
     store.retry([job.id])
     [again] = store.claim("w")
     assert again.state == "noting"
@@ -188,7 +196,9 @@ def test_job_counts_and_oldest(store: Store) -> None:
 
 def test_paging_walks_every_job_once(store: Store) -> None:
     for number in range(7):
-        store.ingest(event(f"p{number}", ticket=str(number)), matches(SCREENSHOT), cooldown=0)
+        store.ingest(
+            event(f"p{number}", ticket=str(number)), matches(SCREENSHOT), cooldown=0
+        )
     seen, before = [], None
     while True:
         page = store.list_jobs(limit=3, before=before)
