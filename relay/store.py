@@ -14,17 +14,21 @@ so a worker that stalled past its lease cannot overwrite the new holder's work.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from relay.model import TagEvent
 from relay.rules import Rule
@@ -116,6 +120,32 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class _WriteLock:
+    """Serialises SQLite writers across threads and processes.
+
+    SQLite allows one writer at a time; a writer that finds the database locked
+    sleeps in its busy handler for up to tens of milliseconds a try. Queueing
+    on an flock next to the database file instead wakes the next writer the
+    moment the lock is free.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class Store:
     """Relay's persistent state; one instance per process, safe across threads."""
 
@@ -123,6 +153,13 @@ class Store:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._insert = sqlite.insert if self.is_sqlite else postgresql.insert
+        database = engine.url.database
+        self._write_lock = (
+            _WriteLock(f"{database}.lock")
+            if self.is_sqlite and database and database != ":memory:"
+            else None
+        )
+        self._batcher = _IngestBatcher(self)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -133,7 +170,12 @@ class Store:
 
     @contextlib.contextmanager
     def _begin(self, *, readonly: bool = False) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        lock = (
+            self._write_lock.held()
+            if self._write_lock is not None and not readonly
+            else contextlib.nullcontext()
+        )
+        with lock, self.engine.connect() as conn:
             if readonly:
                 conn = conn.execution_options(readonly=True)
             with conn.begin():
@@ -149,20 +191,22 @@ class Store:
         cooldown: float,
         now: float | None = None,
     ) -> IngestResult:
-        """Store the event and one job per matched rule in one transaction.
+        """Store the event and one job per matched rule, committed on return.
 
-        A delivery id seen before gives ``ignored="duplicate"``; when every
+        Concurrent calls share one transaction and one commit (group commit):
+        the answer comes back only after the commit that holds this event. A
+        delivery id seen before gives ``ignored="duplicate"``; when every
         matched rule is cooling down for this ticket nothing is stored and the
         result is ``ignored="cooldown"``.
         """
-        now = time.time() if now is None else now
-        try:
-            with self._begin() as conn:
-                return self._ingest(conn, event, matches, cooldown, now)
-        except _Rollback as rollback:
-            return rollback.result
-        except IntegrityError:
-            return IngestResult(ignored="duplicate")
+        return self._batcher.submit(
+            event, matches, cooldown, time.time() if now is None else now
+        )
+
+    def _ingest_batch(self, batch: Sequence[_PendingIngest]) -> None:
+        with self._begin() as conn:
+            for item in batch:
+                item.result = self._ingest(conn, *item.arguments)
 
     def _ingest(
         self,
@@ -179,10 +223,20 @@ class Store:
             )
         ).first()
         if seen is not None:
-            raise _Rollback(IngestResult(ignored="duplicate"))
+            return IngestResult(ignored="duplicate")
 
+        allowed = [
+            (tag, rule)
+            for tag, rule in matches
+            if cooldown <= 0
+            or self._start_cooldown(conn, event, rule.name, now, cooldown)
+        ]
+        if not allowed:
+            return IngestResult(ignored="cooldown")
+
+        # ON CONFLICT covers a replica that stored the same delivery meanwhile.
         event_id = conn.execute(
-            events.insert()
+            self._insert(events)
             .values(
                 provider=event.provider,
                 delivery_id=event.delivery_id,
@@ -190,42 +244,38 @@ class Store:
                 target_id=event.target_id,
                 received_at=now,
             )
+            .on_conflict_do_nothing(index_elements=["provider", "delivery_id"])
             .returning(events.c.id)
-        ).scalar_one()
+        ).scalar()
+        if event_id is None:
+            return IngestResult(ignored="duplicate")
 
-        rows, enqueued = [], []
-        for tag, rule in matches:
-            if cooldown > 0 and not self._start_cooldown(
-                conn, event, rule.name, now, cooldown
-            ):
-                continue
-            rows.append(
-                {
-                    "event_id": event_id,
-                    "provider": event.provider,
-                    "target_kind": event.target_kind,
-                    "target_id": event.target_id,
-                    "tag": tag,
-                    "tag_id": event.tag_id(tag),
-                    "rule": rule.name,
-                    "action": rule.action,
-                    "rule_snapshot": rule.to_dict(),
-                    "requester": asdict(event.requester),
-                    "subject": event.subject[:2000],
-                    "state": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            enqueued.append(rule)
-        if not rows:
-            raise _Rollback(IngestResult(ignored="cooldown"))
-
+        rows = [
+            {
+                "event_id": event_id,
+                "provider": event.provider,
+                "target_kind": event.target_kind,
+                "target_id": event.target_id,
+                "tag": tag,
+                "tag_id": event.tag_id(tag),
+                "rule": rule.name,
+                "action": rule.action,
+                "rule_snapshot": rule.to_dict(),
+                "requester": asdict(event.requester),
+                "subject": event.subject[:2000],
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for tag, rule in allowed
+        ]
         insert = jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True)
         ids = conn.execute(insert, rows).scalars().all()
-        return IngestResult(jobs=tuple(zip(ids, enqueued, strict=True)))
+        return IngestResult(
+            jobs=tuple(zip(ids, (rule for _tag, rule in allowed), strict=True))
+        )
 
     def _start_cooldown(
         self, conn: Connection, event: TagEvent, rule: str, now: float, cooldown: float
@@ -525,12 +575,76 @@ def new_owner() -> str:
     return f"{uuid.uuid4().hex[:12]}"
 
 
-class _Rollback(Exception):
-    """Leaves an ingest transaction without committing, carrying the result."""
+@dataclass
+class _PendingIngest:
+    arguments: tuple[TagEvent, Sequence[tuple[str, Rule]], float, float]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: IngestResult | None = None
+    error: BaseException | None = None
 
-    def __init__(self, result: IngestResult) -> None:
-        super().__init__(result.ignored)
-        self.result = result
+
+class _IngestBatcher:
+    """One writer thread per process that commits waiting ingests together.
+
+    A request thread hands its event over and waits; the writer takes every
+    event waiting at that moment, stores them in one transaction and wakes each
+    caller after the commit. Under load this turns many fsyncs into one; alone,
+    a request pays only a thread hand-off.
+    """
+
+    MAX_BATCH = 128
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.queue: queue.SimpleQueue[_PendingIngest] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._owner_pid: int | None = None
+
+    def submit(
+        self,
+        event: TagEvent,
+        matches: Sequence[tuple[str, Rule]],
+        cooldown: float,
+        now: float,
+    ) -> IngestResult:
+        self._ensure_writer()
+        item = _PendingIngest((event, matches, cooldown, now))
+        self.queue.put(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def _ensure_writer(self) -> None:
+        # A forked child (a gunicorn worker) needs a writer thread of its own.
+        pid = os.getpid()
+        if self._owner_pid == pid:
+            return
+        with self._lock:
+            if self._owner_pid != pid:
+                self.queue = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._write, name="relay-ingest", daemon=True
+                ).start()
+                self._owner_pid = pid
+
+    def _write(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.store._ingest_batch(batch)
+            except BaseException as exc:  # every caller must hear of it
+                for item in batch:
+                    item.result, item.error = None, exc
+            finally:
+                for item in batch:
+                    item.done.set()
 
 
 STORE_ERRORS = (OperationalError, SQLAlchemyError)
