@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from relay.model import TagEvent
 from relay.rules import Rule
@@ -160,6 +161,24 @@ class Store:
             else None
         )
         self._batcher = _IngestBatcher(self)
+        # Built once: the ingest path runs these for every webhook.
+        self._insert_events = events.insert().returning(
+            events.c.id, sort_by_parameter_order=True
+        )
+        self._insert_jobs = jobs.insert().returning(
+            jobs.c.id, sort_by_parameter_order=True
+        )
+        upsert = self._insert(cooldowns).values(
+            provider=sa.bindparam("provider"),
+            target_id=sa.bindparam("target_id"),
+            rule=sa.bindparam("rule"),
+            until=sa.bindparam("until"),
+        )
+        self._upsert_cooldown = upsert.on_conflict_do_update(
+            index_elements=["provider", "target_id", "rule"],
+            set_={"until": upsert.excluded.until},
+            where=cooldowns.c.until <= sa.bindparam("now"),
+        ).returning(cooldowns.c.rule)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -204,95 +223,114 @@ class Store:
         )
 
     def _ingest_batch(self, batch: Sequence[_PendingIngest]) -> None:
-        with self._begin() as conn:
+        """Store a batch of events in one transaction, with few statements.
+
+        Duplicates are found with one query for the whole batch; events and
+        jobs are inserted with one statement each. Should another replica
+        store one of the same deliveries meanwhile, the insert fails and the
+        batch is stored again one event at a time.
+        """
+        try:
+            with self._begin() as conn:
+                self._store_batch(conn, batch)
+        except IntegrityError:
+            if len(batch) == 1:
+                batch[0].result = IngestResult(ignored="duplicate")
+                return
             for item in batch:
-                item.result = self._ingest(conn, *item.arguments)
+                self._ingest_batch([item])
 
-    def _ingest(
-        self,
-        conn: Connection,
-        event: TagEvent,
-        matches: Sequence[tuple[str, Rule]],
-        cooldown: float,
-        now: float,
-    ) -> IngestResult:
-        seen = conn.execute(
-            sa.select(events.c.id).where(
-                events.c.provider == event.provider,
-                events.c.delivery_id == event.delivery_id,
+    def _store_batch(self, conn: Connection, batch: Sequence[_PendingIngest]) -> None:
+        keys = {(item.event.provider, item.event.delivery_id) for item in batch}
+        seen = {
+            (provider, delivery_id)
+            for provider, delivery_id in conn.execute(
+                sa.select(events.c.provider, events.c.delivery_id).where(
+                    events.c.delivery_id.in_([key[1] for key in keys])
+                )
             )
-        ).first()
-        if seen is not None:
-            return IngestResult(ignored="duplicate")
+        }
 
-        allowed = [
-            (tag, rule)
-            for tag, rule in matches
-            if cooldown <= 0
-            or self._start_cooldown(conn, event, rule.name, now, cooldown)
-        ]
-        if not allowed:
-            return IngestResult(ignored="cooldown")
+        accepted: list[tuple[_PendingIngest, list[tuple[str, Rule]]]] = []
+        for item in batch:
+            event, matches, cooldown, now = item.arguments
+            key = (event.provider, event.delivery_id)
+            if key in seen:
+                item.result = IngestResult(ignored="duplicate")
+                continue
+            seen.add(key)
+            allowed = [
+                (tag, rule)
+                for tag, rule in matches
+                if cooldown <= 0
+                or self._start_cooldown(conn, event, rule.name, now, cooldown)
+            ]
+            if not allowed:
+                item.result = IngestResult(ignored="cooldown")
+                continue
+            accepted.append((item, allowed))
+        if not accepted:
+            return
 
-        # ON CONFLICT covers a replica that stored the same delivery meanwhile.
-        event_id = conn.execute(
-            self._insert(events)
-            .values(
-                provider=event.provider,
-                delivery_id=event.delivery_id,
-                target_kind=event.target_kind,
-                target_id=event.target_id,
-                received_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["provider", "delivery_id"])
-            .returning(events.c.id)
-        ).scalar()
-        if event_id is None:
-            return IngestResult(ignored="duplicate")
-
-        rows = [
+        event_rows = [
             {
-                "event_id": event_id,
-                "provider": event.provider,
-                "target_kind": event.target_kind,
-                "target_id": event.target_id,
-                "tag": tag,
-                "tag_id": event.tag_id(tag),
-                "rule": rule.name,
-                "action": rule.action,
-                "rule_snapshot": rule.to_dict(),
-                "requester": asdict(event.requester),
-                "subject": event.subject[:2000],
-                "state": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-                "updated_at": now,
+                "provider": item.event.provider,
+                "delivery_id": item.event.delivery_id,
+                "target_kind": item.event.target_kind,
+                "target_id": item.event.target_id,
+                "received_at": item.arguments[3],
             }
-            for tag, rule in allowed
+            for item, _allowed in accepted
         ]
-        insert = jobs.insert().returning(jobs.c.id, sort_by_parameter_order=True)
-        ids = conn.execute(insert, rows).scalars().all()
-        return IngestResult(
-            jobs=tuple(zip(ids, (rule for _tag, rule in allowed), strict=True))
-        )
+        event_ids = conn.execute(self._insert_events, event_rows).scalars().all()
+
+        job_rows = []
+        for event_id, (item, allowed) in zip(event_ids, accepted, strict=True):
+            event, now = item.event, item.arguments[3]
+            requester = asdict(event.requester)
+            for tag, rule in allowed:
+                job_rows.append(
+                    {
+                        "event_id": event_id,
+                        "provider": event.provider,
+                        "target_kind": event.target_kind,
+                        "target_id": event.target_id,
+                        "tag": tag,
+                        "tag_id": event.tag_id(tag),
+                        "rule": rule.name,
+                        "action": rule.action,
+                        "rule_snapshot": rule.to_dict(),
+                        "requester": requester,
+                        "subject": event.subject[:2000],
+                        "state": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+        job_ids = iter(conn.execute(self._insert_jobs, job_rows).scalars().all())
+        for item, allowed in accepted:
+            item.result = IngestResult(
+                jobs=tuple((next(job_ids), rule) for _tag, rule in allowed)
+            )
 
     def _start_cooldown(
         self, conn: Connection, event: TagEvent, rule: str, now: float, cooldown: float
     ) -> bool:
-        statement = self._insert(cooldowns).values(
-            provider=event.provider,
-            target_id=f"{event.target_kind}:{event.target_id}",
-            rule=rule,
-            until=now + cooldown,
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=["provider", "target_id", "rule"],
-            set_={"until": now + cooldown},
-            where=cooldowns.c.until <= now,
-        )
+        """Start the cooldown of (provider, target, rule) unless one is running."""
+        row = conn.execute(
+            self._upsert_cooldown,
+            {
+                "provider": event.provider,
+                "target_id": f"{event.target_kind}:{event.target_id}",
+                "rule": rule,
+                "until": now + cooldown,
+                "now": now,
+            },
+        ).first()
         # RETURNING yields a row only when the cooldown was started or renewed.
-        return conn.execute(statement.returning(cooldowns.c.rule)).first() is not None
+        return row is not None
 
     # -- worker side ----------------------------------------------------------
 
@@ -582,6 +620,10 @@ class _PendingIngest:
     result: IngestResult | None = None
     error: BaseException | None = None
 
+    @property
+    def event(self) -> TagEvent:
+        return self.arguments[0]
+
 
 class _IngestBatcher:
     """One writer thread per process that commits waiting ingests together.
@@ -623,6 +665,10 @@ class _IngestBatcher:
             return
         with self._lock:
             if self._owner_pid != pid:
+                # Every SQLite call releases the GIL; with request threads busy,
+                # the default 5 ms switch interval would stall the writer that
+                # long after each statement and serialise the whole process.
+                sys.setswitchinterval(0.0005)
                 self.queue = queue.SimpleQueue()
                 threading.Thread(
                     target=self._write, name="relay-ingest", daemon=True

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from relay import migrate
 from relay.model import Requester, TagEvent
 from relay.rules import Rule
-from relay.schema import metadata
+from relay.schema import events, metadata
 from relay.store import Store
 
 SCREENSHOT = Rule(name="shot", tag="bugpilot_screenshot", action="upload-screenshot")
@@ -232,3 +232,51 @@ def test_a_newer_schema_is_refused(tmp_path) -> None:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(migrate.SchemaMismatch, match="newer"):
         migrate.check(store.engine, auto_upgrade=True)
+
+
+def test_concurrent_ingests_share_commits_and_dedupe_within_a_batch(
+    store: Store,
+) -> None:
+    results = []
+    lock = threading.Lock()
+
+    def send(number: int) -> None:
+        # Every delivery is sent three times at once; each must be stored once.
+        result = store.ingest(
+            event(f"same-{number % 20}", ticket=str(number % 20)),
+            matches(SCREENSHOT),
+            cooldown=0,
+        )
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    accepted = [r for r in results if r.jobs]
+    assert len(accepted) == 20
+    assert sorted(r.ignored for r in results if not r.jobs) == ["duplicate"] * 40
+    assert len({job_id for r in accepted for job_id in r.job_ids}) == 20
+    assert counts(store) == {"events": 20, "jobs": 20, "job_attempts": 0}
+
+
+def test_a_delivery_another_replica_stored_meanwhile_is_a_duplicate(
+    store: Store, monkeypatch
+) -> None:
+    store.ingest(event("raced"), matches(SCREENSHOT), cooldown=0)
+    original_select = sa.select
+
+    def blind_to_events(*columns, **kwargs):
+        # The duplicate check finds nothing, as if another replica committed
+        # the delivery between that check and the insert.
+        query = original_select(*columns, **kwargs)
+        if any(getattr(column, "table", None) is events for column in columns):
+            return query.where(sa.false())
+        return query
+
+    monkeypatch.setattr("relay.store.sa.select", blind_to_events)
+    result = store.ingest(event("raced"), matches(SCREENSHOT), cooldown=0)
+    assert result.ignored == "duplicate"
+    assert counts(store)["jobs"] == 1
