@@ -225,7 +225,14 @@ class Outbound:
     ) -> None:
         self.destination = destination
         self.base_url = base_url.rstrip("/")
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # Enough pooled connections for every worker thread: a connection
+            # set up afresh for each call costs more than the call itself.
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
         self.session.headers.update(headers or {})
         self.timeout = timeout
         self.limit = (

@@ -17,11 +17,10 @@ import contextlib
 import fcntl
 import os
 import queue
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -160,7 +159,8 @@ class Store:
             if self.is_sqlite and database and database != ":memory:"
             else None
         )
-        self._batcher = _IngestBatcher(self)
+        self._ingests = _GroupCommitter("relay-ingest", self._ingest_batch)
+        self._updates = _GroupCommitter("relay-updates", self._update_batch)
         # Built once: the ingest path runs these for every webhook.
         self._insert_events = events.insert().returning(
             events.c.id, sort_by_parameter_order=True
@@ -218,11 +218,12 @@ class Store:
         matched rule is cooling down for this ticket nothing is stored and the
         result is ``ignored="cooldown"``.
         """
-        return self._batcher.submit(
-            event, matches, cooldown, time.time() if now is None else now
+        result: IngestResult = self._ingests.submit(
+            (event, matches, cooldown, time.time() if now is None else now)
         )
+        return result
 
-    def _ingest_batch(self, batch: Sequence[_PendingIngest]) -> None:
+    def _ingest_batch(self, batch: Sequence[_Pending]) -> None:
         """Store a batch of events in one transaction, with few statements.
 
         Duplicates are found with one query for the whole batch; events and
@@ -240,8 +241,10 @@ class Store:
             for item in batch:
                 self._ingest_batch([item])
 
-    def _store_batch(self, conn: Connection, batch: Sequence[_PendingIngest]) -> None:
-        keys = {(item.event.provider, item.event.delivery_id) for item in batch}
+    def _store_batch(self, conn: Connection, batch: Sequence[_Pending]) -> None:
+        keys = {
+            (item.payload[0].provider, item.payload[0].delivery_id) for item in batch
+        }
         seen = {
             (provider, delivery_id)
             for provider, delivery_id in conn.execute(
@@ -251,9 +254,9 @@ class Store:
             )
         }
 
-        accepted: list[tuple[_PendingIngest, list[tuple[str, Rule]]]] = []
+        accepted: list[tuple[_Pending, list[tuple[str, Rule]]]] = []
         for item in batch:
-            event, matches, cooldown, now = item.arguments
+            event, matches, cooldown, now = item.payload
             key = (event.provider, event.delivery_id)
             if key in seen:
                 item.result = IngestResult(ignored="duplicate")
@@ -274,11 +277,11 @@ class Store:
 
         event_rows = [
             {
-                "provider": item.event.provider,
-                "delivery_id": item.event.delivery_id,
-                "target_kind": item.event.target_kind,
-                "target_id": item.event.target_id,
-                "received_at": item.arguments[3],
+                "provider": item.payload[0].provider,
+                "delivery_id": item.payload[0].delivery_id,
+                "target_kind": item.payload[0].target_kind,
+                "target_id": item.payload[0].target_id,
+                "received_at": item.payload[3],
             }
             for item, _allowed in accepted
         ]
@@ -286,7 +289,7 @@ class Store:
 
         job_rows = []
         for event_id, (item, allowed) in zip(event_ids, accepted, strict=True):
-            event, now = item.event, item.arguments[3]
+            event, now = item.payload[0], item.payload[3]
             requester = asdict(event.requester)
             for tag, rule in allowed:
                 job_rows.append(
@@ -382,25 +385,9 @@ class Store:
         """Change a leased job; False (and no change) when the lease is lost.
 
         ``attempt`` adds a row to the job's history in the same transaction;
-        ``release`` gives the lease up.
+        ``release`` gives the lease up. Updates from all threads of a process
+        are committed together (see ``_GroupCommitter``).
         """
-        return bool(
-            _with_reconnect(
-                lambda: self._update(
-                    job_id, owner, attempt=attempt, release=release, **values
-                )
-            )
-        )
-
-    def _update(
-        self,
-        job_id: int,
-        owner: str,
-        *,
-        attempt: Mapping[str, Any] | None,
-        release: bool,
-        **values: Any,
-    ) -> bool:
         now = time.time()
         values["updated_at"] = now
         if release:
@@ -408,7 +395,8 @@ class Store:
             values["lease_until"] = None
         if values.get("state") in ("done", "dead"):
             values["finished_at"] = now
-        with self._begin() as conn:
+
+        def work(conn: Connection) -> bool:
             changed = conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
@@ -418,7 +406,24 @@ class Store:
                 conn.execute(
                     job_attempts.insert().values(job_id=job_id, at=now, **attempt)
                 )
-        return bool(changed)
+            return bool(changed)
+
+        return bool(_with_reconnect(lambda: self._updates.submit(work)))
+
+    def _update_batch(self, batch: list[_Pending]) -> None:
+        try:
+            with self._begin() as conn:
+                for item in batch:
+                    item.result = item.payload(conn)
+        except Exception:
+            if len(batch) == 1:
+                raise
+            # Keep one bad update from failing the others: run each alone.
+            for item in batch:
+                try:
+                    self._update_batch([item])
+                except Exception as single:
+                    item.result, item.error = None, single
 
     def extend_lease(self, job_ids: Iterable[int], owner: str, lease: float) -> int:
         """Push the lease of jobs still held by ``owner``; returns how many."""
@@ -614,48 +619,41 @@ def new_owner() -> str:
 
 
 @dataclass
-class _PendingIngest:
-    arguments: tuple[TagEvent, Sequence[tuple[str, Rule]], float, float]
+class _Pending:
+    """One unit of work waiting for a group commit, and what became of it."""
+
+    payload: Any
     done: threading.Event = field(default_factory=threading.Event)
-    result: IngestResult | None = None
+    result: Any = None
     error: BaseException | None = None
 
-    @property
-    def event(self) -> TagEvent:
-        return self.arguments[0]
 
+class _GroupCommitter:
+    """One writer thread per process that commits waiting work together.
 
-class _IngestBatcher:
-    """One writer thread per process that commits waiting ingests together.
-
-    A request thread hands its event over and waits; the writer takes every
-    event waiting at that moment, stores them in one transaction and wakes each
-    caller after the commit. Under load this turns many fsyncs into one; alone,
-    a request pays only a thread hand-off.
+    A caller hands its work over and waits; the writer takes everything
+    waiting at that moment, runs it in one transaction and wakes each caller
+    after the commit. Under load many fsyncs become one; alone, a call pays
+    only a thread hand-off. ``run_batch`` sets each item's result or error.
     """
 
     MAX_BATCH = 128
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.queue: queue.SimpleQueue[_PendingIngest] = queue.SimpleQueue()
+    def __init__(self, name: str, run_batch: Callable[[list[_Pending]], None]) -> None:
+        self.name = name
+        self.run_batch = run_batch
+        self.queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._owner_pid: int | None = None
 
-    def submit(
-        self,
-        event: TagEvent,
-        matches: Sequence[tuple[str, Rule]],
-        cooldown: float,
-        now: float,
-    ) -> IngestResult:
+    def submit(self, payload: Any) -> Any:
+        """Run ``payload`` in the next group commit; its result once committed."""
         self._ensure_writer()
-        item = _PendingIngest((event, matches, cooldown, now))
+        item = _Pending(payload)
         self.queue.put(item)
         item.done.wait()
         if item.error is not None:
             raise item.error
-        assert item.result is not None
         return item.result
 
     def _ensure_writer(self) -> None:
@@ -665,13 +663,9 @@ class _IngestBatcher:
             return
         with self._lock:
             if self._owner_pid != pid:
-                # Every SQLite call releases the GIL; with request threads busy,
-                # the default 5 ms switch interval would stall the writer that
-                # long after each statement and serialise the whole process.
-                sys.setswitchinterval(0.0005)
                 self.queue = queue.SimpleQueue()
                 threading.Thread(
-                    target=self._write, name="relay-ingest", daemon=True
+                    target=self._write, name=self.name, daemon=True
                 ).start()
                 self._owner_pid = pid
 
@@ -684,7 +678,7 @@ class _IngestBatcher:
                 except queue.Empty:
                     break
             try:
-                self.store._ingest_batch(batch)
+                self.run_batch(batch)
             except BaseException as exc:  # every caller must hear of it
                 for item in batch:
                     item.result, item.error = None, exc
