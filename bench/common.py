@@ -22,7 +22,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    args: list[str], env: Mapping[str, str], log: Path
+) -> subprocess.Popen[bytes]:
     """Start a process in its own group, output to ``log``."""
     return subprocess.Popen(
         args,

@@ -9,7 +9,6 @@ over that bound.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -108,8 +107,8 @@ def run_case(
     fill_backlog(store, backlog)
     rules = tmp / "rules.yaml"
     rules.write_text(
-        "version: 1\nrules:\n  - name: screenshot\n    when: {tag: bugpilot_screenshot}\n"
-        "    action: upload-screenshot\n"
+        "version: 1\nrules:\n  - name: screenshot\n"
+        "    when: {tag: bugpilot_screenshot}\n    action: upload-screenshot\n"
     )
     env = {
         **base_env(tmp),
@@ -179,13 +178,11 @@ def measure(backlog: int = 5000) -> list[dict[str, Any]]:
         url, name = postgres_database()
         try:
             label = f"postgresql, {workers} worker{'s' if workers > 1 else ''}"
-            results.append(run_case(re.sub(r"\W+", "-", label), url, workers, backlog, tmp))
+            results.append(
+                run_case(re.sub(r"\W+", "-", label), url, workers, backlog, tmp)
+            )
             results[-1]["case"] = label
         finally:
             drop_database(name)
     results[0]["case"] = "sqlite, 1 worker"
     return results
-
-
-if __name__ == "__main__":
-    subprocess.run(["true"], check=True)

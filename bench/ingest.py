@@ -42,7 +42,7 @@ rules:
     action: upload-screenshot
 """
 
-BARE_APP = '''
+BARE_APP = """
 from flask import Flask, request
 
 app = Flask("bare")
@@ -57,7 +57,7 @@ def receive():
 @app.get("/readyz")
 def ready():
     return {"status": "ready"}
-'''
+"""
 
 WRK_SCRIPT = """
 local counter = 0
@@ -140,7 +140,9 @@ def write_requests(folder: Path, count_per_thread: int, first_ticket: int) -> Pa
     return prefix
 
 
-def run_wrk(url: str, script: Path, requests_prefix: Path, seconds: int) -> dict[str, Any]:
+def run_wrk(
+    url: str, script: Path, requests_prefix: Path, seconds: int
+) -> dict[str, Any]:
     command = [
         "wrk",
         f"-t{WRK_THREADS}",
@@ -197,7 +199,9 @@ def measure(workdir: Path | None = None) -> dict[str, Any]:
     try:
         wait_ok(f"http://127.0.0.1:{port}/readyz", bare)
         run_wrk(f"http://127.0.0.1:{port}", script, warm_prefix, 2)
-        results["bare"] = run_wrk(f"http://127.0.0.1:{port}", script, requests_prefix, DURATION)
+        results["bare"] = run_wrk(
+            f"http://127.0.0.1:{port}", script, requests_prefix, DURATION
+        )
     finally:
         stop(bare)
 
@@ -230,5 +234,7 @@ def measure(workdir: Path | None = None) -> dict[str, Any]:
         )
     finally:
         stop(relay)
-    results["ratio"] = round(results["relay"]["per_second"] / results["bare"]["per_second"], 3)
+    results["ratio"] = round(
+        results["relay"]["per_second"] / results["bare"]["per_second"], 3
+    )
     return results
