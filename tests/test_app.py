@@ -71,7 +71,9 @@ def counter(name: str, **labels: str) -> float:
 def post_zendesk(client: FlaskClient, payload, **header_options):
     body = f.encode(payload)
     return client.post(
-        "/webhooks/zendesk", data=body, headers=f.zendesk_headers(body, **header_options)
+        "/webhooks/zendesk",
+        data=body,
+        headers=f.zendesk_headers(body, **header_options),
     )
 
 
@@ -125,8 +127,13 @@ def test_any_secret_in_the_rotation_list_verifies(client) -> None:
     [
         (f.zendesk_tags_changed(added=("unrelated",)), "no_rule"),
         (f.zendesk_tags_changed(added=()), "no_tags_added"),
-        ({**f.zendesk_tags_changed(), "type": "zen:event-type:ticket.status_changed"},
-         "unsupported_event"),
+        (
+            {
+                **f.zendesk_tags_changed(),
+                "type": "zen:event-type:ticket.status_changed",
+            },
+            "unsupported_event",
+        ),
     ],
 )
 def test_signed_events_relay_does_not_act_on_get_200(client, store, payload, reason):
@@ -307,15 +314,15 @@ def test_without_valid_rules_relay_is_unready(tmp_path, store) -> None:
 
 def test_admin_is_404_without_a_token_and_401_with_a_wrong_one(tmp_path, store):
     app = create_app(
-        make_settings(tmp_path, admin_token=None), store=store, rules=parse_rules(f.RULES)
+        make_settings(tmp_path, admin_token=None),
+        store=store,
+        rules=parse_rules(f.RULES),
     )
     assert app.test_client().get("/admin/jobs").status_code == 404
     app = create_app(make_settings(tmp_path), store=store, rules=parse_rules(f.RULES))
     client = app.test_client()
     assert client.get("/admin/jobs").status_code == 401
-    wrong = client.post(
-        "/admin/jobs/retry", headers={"Authorization": "Bearer nope"}
-    )
+    wrong = client.post("/admin/jobs/retry", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert wrong.json == {"error": "unauthorized"}
 

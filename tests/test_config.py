@@ -81,9 +81,7 @@ def test_secrets_can_come_from_files(tmp_path) -> None:
 
 def test_an_unreadable_secret_file_names_the_file_variable(tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
-        Settings.from_env(
-            {**BASE, "RELAY_ADMIN_TOKEN_FILE": str(tmp_path / "absent")}
-        )
+        Settings.from_env({**BASE, "RELAY_ADMIN_TOKEN_FILE": str(tmp_path / "absent")})
     assert caught.value.variable == "RELAY_ADMIN_TOKEN_FILE"
 
 
@@ -118,16 +116,21 @@ def test_intercom_is_enabled_by_its_secret_and_needs_a_token() -> None:
 
 
 def test_secrets_stay_out_of_the_settings_repr() -> None:
-    settings = Settings.from_env(
-        {**BASE, "RELAY_ADMIN_TOKEN": "admin-secret-value"}
-    )
+    settings = Settings.from_env({**BASE, "RELAY_ADMIN_TOKEN": "admin-secret-value"})
     assert "ws-key" not in repr(settings)
     assert "admin-secret-value" not in repr(settings)
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200), ("1d", 86400), ("500ms", 0.5)],
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("30m", 1800),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("500ms", 0.5),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
