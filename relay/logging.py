@@ -3,16 +3,20 @@
 Every line is an event phrase plus fields. Processes bind the request id, the
 delivery id or the job id once with ``structlog.contextvars``; the scrubber
 below runs last before rendering, so no secret, token, signature or full email
-address reaches the output whichever code logged it. Gunicorn's own loggers go
-through the same pipeline.
+address reaches the output whichever code logged it. Gunicorn's own loggers,
+Python warnings and uncaught exceptions go through the same pipeline, so in JSON
+mode every line a relay process writes is one JSON object.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Iterable, MutableMapping
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -24,6 +28,21 @@ EMAIL = re.compile(
     r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})"
 )
 URL_CREDENTIALS = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
+REDACTED = "[redacted]"
+
+# Exact secret values (API keys, webhook secrets) redacted wherever they turn
+# up: a secret can reach a line under a harmless key, in a URL or a traceback.
+# Shorter values are left alone so that common words are not blanked out.
+_hidden: tuple[str, ...] = ()
+_MIN_HIDDEN_LENGTH = 6
+
+
+def hide_values(values: Iterable[str | None]) -> None:
+    """Redact these exact strings (configured secrets) from every later line."""
+    global _hidden
+    wanted = {value for value in values if value and len(value) >= _MIN_HIDDEN_LENGTH}
+    # Longest first, so a secret that contains another is redacted whole.
+    _hidden = tuple(sorted(wanted | set(_hidden), key=len, reverse=True))
 
 
 def mask_email(text: str) -> str:
@@ -32,8 +51,11 @@ def mask_email(text: str) -> str:
 
 
 def scrub(value: Any) -> Any:
-    """Mask emails and URL passwords in strings, recursively."""
+    """Mask emails, URL passwords and hidden values in strings, recursively."""
     if isinstance(value, str):
+        for secret in _hidden:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
         return URL_CREDENTIALS.sub(r"\1***@", mask_email(value))
     if isinstance(value, dict):
         return {key: _scrub_item(key, item) for key, item in value.items()}
@@ -44,7 +66,7 @@ def scrub(value: Any) -> Any:
 
 def _scrub_item(key: Any, value: Any) -> Any:
     if isinstance(key, str) and SECRET_KEYS.search(key) and value not in (None, ""):
-        return "[redacted]"
+        return REDACTED
     return scrub(value)
 
 
@@ -54,6 +76,27 @@ def _scrub_processor(
     return {key: _scrub_item(key, value) for key, value in event_dict.items()}
 
 
+def _add_pid(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # Gunicorn's master, its workers and the worker process may share one
+    # stream; the pid tells which process did the work.
+    event_dict["pid"] = os.getpid()
+    return event_dict
+
+
+_LEADING_KEYS = ("timestamp", "level", "logger", "pid", "event")
+
+
+def _leading_keys_first(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # The same first keys on every JSON line, whoever logged it.
+    ordered = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     """Route structlog and the standard library's logging to stderr in one shape."""
     shared: list[Any] = [
@@ -61,8 +104,8 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_pid,
         structlog.processors.format_exc_info,
-        _scrub_processor,
     ]
     renderer: Any
     if fmt == "console":
@@ -73,19 +116,21 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
-            *shared[:-2],
-            structlog.processors.format_exc_info,
+            *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+    # The scrubber runs in the formatter, after the lines of other libraries
+    # have joined the pipeline, so it sees every line exactly once.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared[:-2],
+        foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _scrub_processor,
+            _leading_keys_first,
             renderer,
         ],
     )
@@ -100,6 +145,32 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         gunicorn_logger.propagate = True
     for noisy in ("urllib3", "werkzeug", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(
+    kind: type[BaseException],
+    value: BaseException,
+    traceback: TracebackType | None,
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, traceback)
+        return
+    get_logger("relay").critical(
+        "uncaught exception", exc_info=(kind, value, traceback)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    get_logger("relay").error(
+        "uncaught exception in thread",
+        thread=args.thread.name if args.thread else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def get_logger(name: str) -> Any:

@@ -122,14 +122,16 @@ class StoreCollector(Collector):
 
 
 def render(read_jobs: JobCounts | None) -> bytes:
-    """The exposition text for one scrape, built with a fresh registry."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        registry = CollectorRegistry(auto_describe=True)
-        for collector in list(REGISTRY._collector_to_names):
-            registry.register(collector)
+    """The exposition text for one scrape, built with a fresh registry.
+
+    The store is read first, so a failed read is already counted in
+    ``relay_store_scrape_errors_total`` on the scrape that failed.
+    """
+    registry = CollectorRegistry(auto_describe=False)
     if read_jobs is not None:
         registry.register(StoreCollector(read_jobs))
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(REGISTRY)
     return generate_latest(registry)

@@ -4,11 +4,22 @@
 ``relay worker`` runs the delivery loop. ``relay run`` starts both as child
 processes for a one-machine install, sharing one Prometheus multiprocess
 directory so ``/metrics`` counts the worker's work too.
+
+Where the numbers are served:
+
+- ``relay web``: ``/metrics`` on ``RELAY_BIND`` adds up every gunicorn worker
+  (and, under ``relay run``, the worker process) and reads the job gauges from
+  the store at scrape time.
+- ``relay worker`` started on its own: ``/metrics`` and ``/healthz`` on
+  ``RELAY_WORKER_METRICS_BIND`` when it is set; its counters, not the job
+  gauges, which the web side already exports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,31 +28,41 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
-from gunicorn.glogging import Logger as GunicornLogger
 
+from relay import __version__
 from relay.config import Settings
-from relay.logging import get_logger
+from relay.logging import get_logger, hide_values
 
 log = get_logger("relay.server")
 
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+# A directory this process made because none was configured; removed at exit.
+_temporary_metrics_dir: str | None = None
 
 
 def ensure_metrics_dir() -> str:
     """The multiprocess metrics directory, created when none is configured.
 
-    Must run before ``relay.metrics`` is imported: prometheus-client reads the
-    variable when the first metric is defined.
+    Must run before anything imports prometheus-client, which reads the
+    variable once, on import.
     """
+    global _temporary_metrics_dir
     path = os.environ.get(METRICS_DIR_VARIABLE)
     if not path:
         path = tempfile.mkdtemp(prefix="relay-metrics-")
         os.environ[METRICS_DIR_VARIABLE] = path
+        _temporary_metrics_dir = path
     Path(path).mkdir(parents=True, exist_ok=True)
     return path
 
@@ -52,8 +73,63 @@ def wipe_metrics_dir(path: str) -> None:
         entry.unlink(missing_ok=True)
 
 
-class AccessLogger(GunicornLogger):  # type: ignore[misc]
-    """Gunicorn's access log as one structured line per request."""
+def forget_dead_processes(path: str) -> list[int]:
+    """Drop the live gauges of processes that are gone; return their pids.
+
+    A worker restarted in the same pod finds the files of its previous life
+    in the directory; their counters still count, but a gauge such as an open
+    circuit must not outlive the process that set it.
+    """
+    from prometheus_client import multiprocess
+
+    dead = sorted(
+        {
+            int(match.group(1))
+            for entry in Path(path).glob("gauge_live*.db")
+            if (match := _LIVE_GAUGE_FILE.match(entry.name))
+            and not _alive(int(match.group(1)))
+        }
+    )
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def secret_values(settings: Settings) -> list[str | None]:
+    """Every credential in the settings, for the log scrubber to redact."""
+    values: list[str | None] = [settings.bugpilot_api_key, settings.admin_token]
+    if settings.zendesk is not None:
+        values += [settings.zendesk.api_token, settings.zendesk.oauth_token]
+        values += settings.zendesk.webhook_secrets
+    if settings.intercom is not None:
+        values.append(settings.intercom.access_token)
+        values += settings.intercom.client_secrets
+    return values
+
+
+class GunicornLogger(glogging.Logger):  # type: ignore[misc]
+    """Gunicorn's own lines and its access log in relay's log format.
+
+    Gunicorn gives its loggers handlers of their own, with a plain-text format;
+    they are taken off again so that every line reaches relay's handler on the
+    root logger and comes out as JSON (or console lines) like the others.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            logger.handlers[:] = []
+            logger.propagate = True
 
     def access(
         self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any
@@ -72,9 +148,15 @@ class AccessLogger(GunicornLogger):  # type: ignore[misc]
 
 
 def _child_exit(_server: Any, worker: Any) -> None:
+    # Counters of the dead worker stay in the sum; its live gauges must go.
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _remove_temporary_metrics_dir(_server: Any) -> None:
+    if _temporary_metrics_dir is not None:
+        shutil.rmtree(_temporary_metrics_dir, ignore_errors=True)
 
 
 class WebServer(BaseApplication):  # type: ignore[misc]
@@ -97,9 +179,11 @@ class WebServer(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "accesslog": "-",
             "errorlog": "-",
-            "logger_class": AccessLogger,
+            "loglevel": self.settings.log_level,
+            "logger_class": GunicornLogger,
             "on_starting": lambda _server: wipe_metrics_dir(metrics_dir),
             "child_exit": _child_exit,
+            "on_exit": _remove_temporary_metrics_dir,
             "proc_name": "relay-web",
             "control_socket_disable": True,
         }
@@ -138,15 +222,25 @@ def learn_own_actors(runtime: Any) -> None:
 
 def run_web(settings: Settings) -> int:
     """Serve the web application with gunicorn until stopped."""
+    hide_values(secret_values(settings))
     WebServer(settings).run()
     return 0
 
 
 def run_worker(settings: Settings) -> int:
     """Run the delivery loop until SIGTERM or SIGINT, then drain and exit 0."""
+    hide_values(secret_values(settings))
+    metrics_dir = os.environ.get(METRICS_DIR_VARIABLE)
+    if metrics_dir:
+        # Shared with the web server under `relay run`: never wiped here.
+        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+        forget_dead_processes(metrics_dir)
+
+    from relay import metrics
     from relay.store import Store
     from relay.worker import Backoff, Worker, build_bugpilot, build_helpdesks
 
+    metrics.BUILD_INFO.labels(__version__).set(1)
     store = Store.from_url(settings.database_url)
     worker = Worker(
         store,
@@ -166,39 +260,78 @@ def run_worker(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if settings.worker_metrics_bind:
-        _serve_worker_metrics(settings.worker_metrics_bind)
-    worker.run(stop, drain_timeout=settings.drain_timeout)
+    with contextlib.ExitStack() as cleanup:
+        if settings.worker_metrics_bind:
+            cleanup.enter_context(_serve_worker_metrics(settings.worker_metrics_bind))
+        if metrics_dir:
+            cleanup.callback(_mark_dead, os.getpid())
+        worker.run(stop, drain_timeout=settings.drain_timeout)
     store.close()
     return 0
 
 
-def _serve_worker_metrics(bind: str) -> None:
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+def _mark_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
 
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    # A scrape that hangs must not block the liveness probe behind it.
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes and probes every few seconds are not worth a line
+
+
+@contextlib.contextmanager
+def _serve_worker_metrics(bind: str) -> Iterator[None]:
+    """Serve ``/metrics`` and ``/healthz`` for a worker on its own port."""
     from relay import metrics
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("PATH_INFO") == "/metrics":
-            start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
+        path = environ.get("PATH_INFO")
+        if path == "/metrics":
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE)])
             return [metrics.render(None)]
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [b'{"status": "ok"}']
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"status": "ok"}']
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [b'{"error": "not_found"}']
 
     host, _, port = bind.rpartition(":")
-    server = make_server(host, int(port), app, handler_class=Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    log.info("worker metrics listening", bind=bind)
+    server = make_server(
+        host.strip("[]"),
+        int(port),
+        app,
+        server_class=_ThreadingServer,
+        handler_class=_QuietHandler,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, name="relay-metrics", daemon=True
+    )
+    thread.start()
+    log.info("worker metrics listening", bind=bind, paths=["/metrics", "/healthz"])
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def run_both(settings: Settings, environ: dict[str, str]) -> int:
     """Start ``relay web`` and, once it is ready, ``relay worker``; stop together."""
+    hide_values(secret_values(settings))
     metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
     env = dict(environ, **{METRICS_DIR_VARIABLE: metrics_dir})
+    worker_env = dict(env)
+    if worker_env.pop("RELAY_WORKER_METRICS_BIND", None):
+        # The web's /metrics already adds the worker up; a second page with
+        # the same numbers would be counted twice by any sum over targets.
+        log.info("RELAY_WORKER_METRICS_BIND is not used by relay run")
     command = [sys.executable, "-m", "relay"]
     children: list[subprocess.Popen[bytes]] = []
     stopping = threading.Event()
@@ -216,7 +349,9 @@ def run_both(settings: Settings, environ: dict[str, str]) -> int:
         if not _wait_ready(settings.bind, children[0], stopping):
             stop_children()
             return 1
-        children.append(subprocess.Popen([*command, "worker"], env=env))  # noqa: S603
+        children.append(
+            subprocess.Popen([*command, "worker"], env=worker_env)  # noqa: S603
+        )
         while not stopping.is_set():
             if any(child.poll() is not None for child in children):
                 log.error("a relay process exited; stopping the other")

@@ -49,7 +49,8 @@ class RelayProcess:
         return self.process.poll() is None
 
     def log(self) -> str:
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         return self.log_path.read_text(errors="replace")
 
     def terminate(self, timeout: float = 30) -> int:
@@ -69,6 +70,7 @@ class RelayProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        self.log_file.close()
 
 
 def wait_ready(url: str, process: RelayProcess, timeout: float = 60) -> None:
