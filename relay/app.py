@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any, cast
 
 import structlog
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 
 from relay import __version__, metrics
@@ -46,6 +48,9 @@ log = get_logger("relay.web")
 PROVIDERS = ("zendesk", "intercom")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 OPENAPI = Path(__file__).with_name("openapi.yaml")
+MAX_JOB_ID = 2**63 - 1
+"""Job ids are 64-bit in the store; a larger number names no job."""
+RETRY_AFTER = str(StoreUnavailable.retry_after)
 
 
 @dataclass
@@ -146,6 +151,8 @@ def _start_request() -> None:
 
 def _finish_request(response: Response) -> Response:
     response.headers["X-Request-Id"] = g.get("request_id", "")
+    if response.status_code == 503:
+        response.headers.setdefault("Retry-After", RETRY_AFTER)
     return response
 
 
@@ -225,15 +232,28 @@ def _decode_json(body: bytes) -> Any:
     ):
         raise UnsupportedMediaType(request.mimetype or "none")
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        payload = json.loads(body, parse_constant=_refuse_constant)
+        # An escaped lone surrogate is valid JSON syntax but not text that can
+        # be stored or sent on; encoding finds every one of them.
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise InvalidPayload("JSON nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):
+    except UnicodeEncodeError:
+        raise InvalidPayload("text holds a lone surrogate") from None
+    except (json.JSONDecodeError, _NotJSON, UnicodeDecodeError):
         raise MalformedJSON("body is not valid JSON") from None
+    except ValueError:
+        # Python refuses integers of more than a few thousand digits.
+        raise InvalidPayload("a number is too long") from None
+    return payload
+
+
+class _NotJSON(ValueError):
+    """A constant Python's parser reads and JSON does not have."""
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJSON(f"{name} is not JSON")
 
 
 def _parse(provider: str, payload: Any) -> TagEvent | Ignored:
@@ -262,6 +282,10 @@ def _enqueue(state: Runtime, provider: str, parsed: TagEvent | Ignored) -> Inges
         return IngestResult(ignored="no_rule")
     try:
         result = state.store.ingest(parsed, matches, cooldown=state.settings.cooldown)
+    except DataError:
+        # A value the store refuses (too long for its column, a NUL character)
+        # is refused again on every retry: the payload is at fault, not the store.
+        raise InvalidPayload("a value does not fit the store") from None
     except STORE_ERRORS as exc:
         raise StoreUnavailable(type(exc).__name__) from exc
     for _job_id, rule in result.jobs:
@@ -363,6 +387,8 @@ def list_jobs() -> tuple[Response, int]:
         before = int(request.args["before"]) if request.args.get("before") else None
     except ValueError:
         return jsonify(error="invalid_paging"), 400
+    if before is not None and abs(before) > MAX_JOB_ID:
+        return jsonify(error="invalid_paging"), 400
     rows = runtime().store.list_jobs(state=state, limit=limit, before=before)
     jobs = [job_json(row) for row in rows]
     next_before = jobs[-1]["id"] if len(jobs) == limit else None
@@ -372,7 +398,7 @@ def list_jobs() -> tuple[Response, int]:
 @admin.get("/jobs/<int:job_id>")
 def show_job(job_id: int) -> tuple[Response, int]:
     """One job with its attempt history."""
-    row = runtime().store.get_job(job_id)
+    row = runtime().store.get_job(job_id) if job_id <= MAX_JOB_ID else None
     if row is None:
         return jsonify(error="job_not_found"), 404
     body = job_json(row)
@@ -383,6 +409,8 @@ def show_job(job_id: int) -> tuple[Response, int]:
 @admin.post("/jobs/<int:job_id>/retry")
 def retry_job(job_id: int) -> tuple[Response, int]:
     """Send one dead job back to work."""
+    if job_id > MAX_JOB_ID:
+        return jsonify(error="job_not_found"), 404
     outcome = runtime().store.retry([job_id])[job_id]
     if outcome == "not_found":
         return jsonify(error="job_not_found"), 404
@@ -411,7 +439,8 @@ def purge_jobs() -> tuple[Response, int]:
         older_than = float(raw) if raw else settings.retention
     except ValueError:
         return jsonify(error="invalid_age"), 400
-    if older_than < 0:
+    # NaN would compare as older than everything on PostgreSQL.
+    if not math.isfinite(older_than) or older_than < 0:
         return jsonify(error="invalid_age"), 400
     purged = runtime().store.purge(older_than=older_than)
     return jsonify(status="purged", purged=purged), 200

@@ -143,7 +143,11 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     # Credentials in a URL are a classic way to disguise its real host.
     if scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
         return None
-    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+    return (
+        scheme,
+        parts.hostname.lower(),
+        _DEFAULT_PORTS[scheme] if port is None else port,
+    )
 
 
 def _body(response: requests.Response) -> dict[str, Any]:
