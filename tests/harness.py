@@ -88,7 +88,7 @@ def wait_ready(url: str, process: RelayProcess, timeout: float = 60) -> None:
     raise RuntimeError(f"relay {process.command} never got ready:\n{process.log()}")
 
 
-def wait_for(check, timeout: float = 30, interval: float = 0.1, message: str = ""):
+def wait_for(check, timeout: float = 30, interval: float = 0.1, message=""):
     """Call ``check`` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     while True:
@@ -96,5 +96,6 @@ def wait_for(check, timeout: float = 30, interval: float = 0.1, message: str = "
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting: {message}")
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out waiting: {text}")
         time.sleep(interval)

@@ -55,7 +55,7 @@ def test_a_zendesk_tag_becomes_one_capture_and_one_private_comment(
     assert response.status_code == 202, response.text
     [job_id] = response.json()["jobs"]
 
-    done = wait_for(lambda: finished(running, job_id), message=running.logs())
+    done = wait_for(lambda: finished(running, job_id), message=running.logs)
     assert done["state"] == "done", done
 
     actions = running.bugpilot.state()["actions"]
@@ -89,7 +89,7 @@ def test_an_intercom_conversation_tag_becomes_an_admin_note(running: Relay) -> N
     response = send_intercom(running, f.intercom_conversation_tagged())
     assert response.status_code == 202, response.text
     [job_id] = response.json()["jobs"]
-    done = wait_for(lambda: finished(running, job_id), message=running.logs())
+    done = wait_for(lambda: finished(running, job_id), message=running.logs)
     assert done["state"] == "done", done
 
     conversation = running.intercom.state()["conversations"]["524"]
@@ -106,7 +106,7 @@ def test_a_user_field_the_customer_lacks_makes_the_job_dead(running: Relay) -> N
         ticket="777", added=("bugpilot_session",), requester="555"
     )
     [job_id] = send_zendesk(running, payload).json()["jobs"]
-    dead = wait_for(lambda: finished(running, job_id), message=running.logs())
+    dead = wait_for(lambda: finished(running, job_id), message=running.logs)
     assert dead["state"] == "dead"
     assert dead["dead_reason"] == "missing_user_id"
     assert running.bugpilot.state()["actions"] == []
@@ -115,7 +115,7 @@ def test_a_user_field_the_customer_lacks_makes_the_job_dead(running: Relay) -> N
 def test_an_offline_user_gets_an_offline_note_and_no_capture(running: Relay) -> None:
     running.bugpilot.set_offline(["jane@example.com"])
     [job_id] = send_zendesk(running, f.zendesk_tags_changed()).json()["jobs"]
-    dead = wait_for(lambda: finished(running, job_id), message=running.logs())
+    dead = wait_for(lambda: finished(running, job_id), message=running.logs)
     assert dead["dead_reason"] == "user_not_connected"
     comments = running.zendesk.state()["tickets"]["35436"]["comments"]
     assert len(comments) == 1

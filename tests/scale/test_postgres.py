@@ -72,7 +72,7 @@ def test_an_unmigrated_database_is_refused_until_relay_db_upgrade(
 def test_while_the_database_is_down_webhooks_get_503_and_nothing_is_lost(
     relay: Relay, pg_database
 ) -> None:
-    url, name = pg_database
+    url, _name = pg_database
     proxy = CuttableProxy("127.0.0.1", 5432)
     proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     relay.env["RELAY_DATABASE_URL"] = proxied
@@ -86,7 +86,7 @@ def test_while_the_database_is_down_webhooks_get_503_and_nothing_is_lost(
         wait_for(
             lambda: relay.zendesk.state()["tickets"].get("1", {}).get("comments"),
             timeout=30,
-            message=relay.logs(),
+            message=relay.logs,
         )
 
         proxy.cut()
@@ -117,7 +117,7 @@ def test_while_the_database_is_down_webhooks_get_503_and_nothing_is_lost(
             states = [job["state"] for job in jobs]
             return len(states) == 3 and set(states) == {"done"}
 
-        wait_for(all_done, timeout=60, message=relay.logs())
+        wait_for(all_done, timeout=60, message=relay.logs)
         assert worker.alive()
         tickets = relay.zendesk.state()["tickets"]
         for ticket in ("1", "2", "3"):
@@ -148,7 +148,7 @@ def test_a_worker_that_loses_its_connection_mid_job_loses_nothing(
         wait_for(
             lambda: relay.bugpilot.state()["action_counts"]["total"] >= 1,
             timeout=30,
-            message=relay.logs(),
+            message=relay.logs,
         )
         proxy.cut()
         time.sleep(2.0)
@@ -162,7 +162,7 @@ def test_a_worker_that_loses_its_connection_mid_job_loses_nothing(
             ).json()["jobs"]
             return jobs if all(j["state"] in ("done", "dead") for j in jobs) else None
 
-        jobs = wait_for(finished, timeout=90, message=relay.logs())
+        jobs = wait_for(finished, timeout=90, message=relay.logs)
         assert worker.alive()
         assert [job["state"] for job in jobs] == ["done"] * 6, jobs
         captures = relay.bugpilot.state()["ok_by_description"]
