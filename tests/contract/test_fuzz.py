@@ -159,6 +159,9 @@ def sign(prepared: Any, path: str, secret: str) -> None:
 Send = Callable[[Case, st.DataObject], requests.Response]
 
 
+HTTP_SERVER_LIMITS = (414, 431)
+
+
 def routes_elsewhere(case: Case) -> bool:
     """A generated job id that turns the path into another admin route's.
 
@@ -194,6 +197,10 @@ def fuzz(
         response = send(case, data)
         SENT[name] += 1
         ANSWERS[name, answer(response)] += 1
+        if response.status_code in HTTP_SERVER_LIMITS:
+            # gunicorn refuses an over-long request line or header block before
+            # relay sees the request; relay's contract does not cover it.
+            return
         case.validate_response(response, checks=CHECKS)
 
     run()
