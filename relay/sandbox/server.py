@@ -39,7 +39,17 @@ POLL_INTERVAL = 0.05
 """How often a server thread checks whether it was asked to stop."""
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _KeepAliveHandler(WSGIRequestHandler):
+    """Keeps connections open between requests, as the real APIs do.
+
+    werkzeug speaks HTTP/1.0 by default and closes each connection after one
+    answer; relay's clients would then pay a new connection for every call.
+    """
+
+    protocol_version = "HTTP/1.1"
+
+
+class _QuietHandler(_KeepAliveHandler):
     """Handles requests without writing one log line per request."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -149,7 +159,9 @@ class Sandbox:
                 port,
                 app,
                 threaded=True,
-                request_handler=None if self.log_requests else _QuietHandler,
+                request_handler=_KeepAliveHandler
+                if self.log_requests
+                else _QuietHandler,
                 fd=listener.fileno(),
             )
         finally:
