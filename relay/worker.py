@@ -728,6 +728,7 @@ class Worker:
         level(
             "job step",
             job_id=job.id,
+            provider=job.provider,
             rule=job.rule.name,
             action=job.action,
             attempt=job.attempts,
