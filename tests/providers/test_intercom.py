@@ -30,6 +30,8 @@ from relay.providers.intercom import (
     sign,
     verify_signature,
 )
+from tests.providers import strategies
+from tests.providers.strategies import mutations
 
 # Self-computed vector (HMAC-SHA1 of the raw body under the client secret).
 SECRET = "test_client_secret"
@@ -438,54 +440,17 @@ PAYLOAD_KEYS = [
     "title",
 ]
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.sampled_from(
-        [
-            "",
-            "ping",
-            "admin",
-            "user",
-            CONVERSATION_TAGGED["topic"],
-            CONTACT_TAGGED["topic"],
-        ]
-    ),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(
-            st.sampled_from(PAYLOAD_KEYS) | st.text(max_size=8),
-            children,
-            max_size=5,
-        )
-    ),
-    max_leaves=25,
+json_values = strategies.json_values(
+    [
+        "",
+        "ping",
+        "admin",
+        "user",
+        CONVERSATION_TAGGED["topic"],
+        CONTACT_TAGGED["topic"],
+    ],
+    PAYLOAD_KEYS,
 )
-
-
-@st.composite
-def mutations(draw: st.DrawFn, value: Any) -> Any:
-    """``value`` with one node somewhere inside replaced, deleted or descended."""
-    if isinstance(value, dict) and value and draw(st.booleans()):
-        key = draw(st.sampled_from(sorted(value)))
-        changed = dict(value)
-        how = draw(st.sampled_from(["delete", "replace", "descend"]))
-        if how == "delete":
-            del changed[key]
-        else:
-            inner = json_values if how == "replace" else mutations(value[key])
-            changed[key] = draw(inner)
-        return changed
-    if isinstance(value, list) and value and draw(st.booleans()):
-        index = draw(st.integers(0, len(value) - 1))
-        changed_list = list(value)
-        changed_list[index] = draw(mutations(value[index]))
-        return changed_list
-    return draw(json_values)
 
 
 def parses_or_rejects(payload: Any) -> None:
@@ -503,7 +468,11 @@ def test_arbitrary_json_parses_or_is_invalid(payload: Any) -> None:
     parses_or_rejects(payload)
 
 
-@given(mutations(CONVERSATION_TAGGED) | mutations(CONTACT_TAGGED) | mutations(PING))
+@given(
+    mutations(CONVERSATION_TAGGED, json_values)
+    | mutations(CONTACT_TAGGED, json_values)
+    | mutations(PING, json_values)
+)
 def test_mutated_examples_parse_or_are_invalid(payload: Any) -> None:
     parses_or_rejects(payload)
 

@@ -37,6 +37,8 @@ from relay.providers.zendesk import (
     sign,
     verify_signature,
 )
+from tests.providers import strategies
+from tests.providers.strategies import mutations
 
 # The published vector: timestamp then body, the secret used as a literal string.
 SECRET = "dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rpbmdfb25seQ=="
@@ -462,48 +464,10 @@ def test_wrong_shapes_are_invalid_payloads(payload: Any, field: str) -> None:
 
 # -- parse_event: anything at all -------------------------------------------------
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.sampled_from(["", "5158", "zen:ticket:1", TRIGGER["source"]]),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(
-            st.sampled_from(
-                [*SUBSCRIPTION, *SUBSCRIPTION["detail"], *TRIGGER, "tags_added"]
-            )
-            | st.text(max_size=8),
-            children,
-            max_size=5,
-        )
-    ),
-    max_leaves=25,
+json_values = strategies.json_values(
+    ["", "5158", "zen:ticket:1", TRIGGER["source"]],
+    [*SUBSCRIPTION, *SUBSCRIPTION["detail"], *TRIGGER, "tags_added"],
 )
-
-
-@st.composite
-def mutations(draw: st.DrawFn, value: Any) -> Any:
-    """``value`` with one node somewhere inside replaced, deleted or descended."""
-    if isinstance(value, dict) and value and draw(st.booleans()):
-        key = draw(st.sampled_from(sorted(value)))
-        changed = dict(value)
-        how = draw(st.sampled_from(["delete", "replace", "descend"]))
-        if how == "delete":
-            del changed[key]
-        else:
-            inner = json_values if how == "replace" else mutations(value[key])
-            changed[key] = draw(inner)
-        return changed
-    if isinstance(value, list) and value and draw(st.booleans()):
-        index = draw(st.integers(0, len(value) - 1))
-        changed_list = list(value)
-        changed_list[index] = draw(mutations(value[index]))
-        return changed_list
-    return draw(json_values)
 
 
 def parses_or_rejects(payload: Any, headers: dict[str, str]) -> None:
@@ -523,7 +487,10 @@ def test_arbitrary_json_parses_or_is_invalid(
     parses_or_rejects(payload, headers)
 
 
-@given(mutations(SUBSCRIPTION) | mutations(TRIGGER), st.sampled_from([{}, INVOCATION]))
+@given(
+    mutations(SUBSCRIPTION, json_values) | mutations(TRIGGER, json_values),
+    st.sampled_from([{}, INVOCATION]),
+)
 def test_mutated_examples_parse_or_are_invalid(
     payload: Any, headers: dict[str, str]
 ) -> None:
