@@ -16,19 +16,7 @@ from relay.outbound import (
     RateLimit,
     parse_retry_after,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.harness import Clock
 
 
 def test_retry_after_in_seconds_and_as_a_date() -> None:

@@ -10,21 +10,9 @@ from relay.outbound import CircuitBreaker, RateLimit
 from relay.sandbox import sandbox_environment
 from relay.worker import Backoff, build_bugpilot, build_helpdesks
 from tests.delivery.support import Desk
+from tests.harness import Clock
 
 EMAIL = Requester(email="jane@example.com")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_the_breaker_stops_calls_to_a_failing_bugpilot_until_a_probe_succeeds(
